@@ -377,6 +377,25 @@ class GeneratorLedger(Ledger):
         ).fetchall()
         return [row[0] for row in rows]
 
+    def unconfirmed_page(
+        self, limit: int, after: tuple[float, str] | None = None
+    ) -> list[tuple[float, str]]:
+        """Up to `limit` unconfirmed `(generated_at, id)` pairs after `after`.
+
+        A cursor over the whole backlog, in generation order, for the sync variant's
+        polling. The oldest-first `unconfirmed_ids` keeps returning ids the requestor
+        will never hold (their reply was lost with a timed-out call); once there are
+        `limit` of those they fill every batch. Page by page, every id gets its turn.
+        """
+        after_s, after_id = after if after is not None else (-1.0, "")
+        rows = self._db.execute(
+            "SELECT generated_at, id FROM strings WHERE confirmed_at IS NULL "
+            "AND generated_at >= ? AND (generated_at > ? OR id > ?) "
+            "ORDER BY generated_at, id LIMIT ?",
+            (after_s, after_s, after_id, limit),
+        ).fetchall()
+        return [(row[0], row[1]) for row in rows]
+
     def holds(self, request_id: str) -> bool:
         row = self._db.execute(
             "SELECT 1 FROM strings WHERE id = ?", (request_id,)
