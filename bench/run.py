@@ -35,7 +35,7 @@ logger = logging.getLogger(__name__)
 
 # Locust takes one to two seconds to import gevent and start its users; the schedule
 # starts this long after the Locust process, while the services boot meanwhile.
-LOAD_BOOT_S = 3.0
+LOAD_BOOT_S = 2.0
 TICK_S = 0.05
 DRAIN_POLL_S = 0.2
 

@@ -15,6 +15,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from bench.gates import Gate, GateError, parse_gates
 from bench.stack import Variant
 
 
@@ -66,7 +67,7 @@ class Profile:
 
 PROFILES = {
     "default": Profile(name="default"),
-    "quick": Profile(name="quick", time_scale=0.3, rate_scale=0.5),
+    "quick": Profile(name="quick", time_scale=0.25, rate_scale=0.5),
 }
 
 
@@ -76,7 +77,7 @@ class Scenario:
     description: str
     load: LoadProfile
     faults: tuple[FaultStep, ...] = ()
-    gates: tuple[dict[str, Any], ...] = ()
+    gates: tuple[Gate, ...] = ()
     generators: int = 1
     path: Path | None = None
     variants: tuple[Variant, ...] = tuple(Variant)
@@ -188,6 +189,10 @@ def parse_scenario(path: Path) -> Scenario:
                 f"({load.duration_s} s); recovery must be measured under load"
             )
         faults.append(fault)
+    try:
+        gates = tuple(parse_gates(raw.get("gates", []), source=str(path)))
+    except GateError as exc:
+        raise ScenarioError(str(exc)) from exc
     variants = tuple(Variant(name) for name in raw.get("variants", list(Variant)))
     flags = {
         role: tuple(str(flag) for flag in values)
@@ -198,7 +203,7 @@ def parse_scenario(path: Path) -> Scenario:
         description=need(raw, "description", str, "the file"),
         load=load,
         faults=tuple(faults),
-        gates=tuple(raw.get("gates", [])),
+        gates=gates,
         generators=int(raw.get("generators", 1)),
         path=path,
         variants=variants,
