@@ -70,6 +70,7 @@ from bench.records import (
     REQUEST_COLUMNS,
     RESULTS_SCHEMA_VERSION,
     SAMPLE_COLUMNS,
+    SEQ_USER_BLOCK,
     EventKind,
     Outcome,
 )
@@ -81,10 +82,6 @@ logger = logging.getLogger(__name__)
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
 BoolArray = npt.NDArray[np.bool_]
-
-# The load generator numbers each user's requests in a block of its own:
-# seq = user * SEQ_USER_BLOCK + i, with i = 0, 1, 2 ... without gaps.
-SEQ_USER_BLOCK = 1_000_000_000
 
 # Honesty: a cell whose load generator fell behind measures the generator.
 MAX_DROPPED_FRACTION = 0.01  # of the offered requests

@@ -36,7 +36,7 @@ from typing import Any, NamedTuple, TypedDict
 
 import psutil
 
-from bench.records import REQUEST_COLUMNS, Outcome
+from bench.records import REQUEST_COLUMNS, SEQ_USER_BLOCK, Outcome
 from bench.schedule import ArrivalProcess
 
 logger = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ DEFAULT_LENGTH = 64
 
 # Each user numbers its requests from user_index * SEQ_STRIDE, so that `seq` is unique
 # in a run folder however many users there are, and stays contiguous within one user.
-SEQ_STRIDE = 1_000_000_000
+SEQ_STRIDE = SEQ_USER_BLOCK
 
 # Locust gets this long beyond the client timeout to let every user wait for its
 # requests in flight and write their rows, before it kills the users.

@@ -34,7 +34,8 @@ REJECTED_OUTCOMES = frozenset(
 )
 
 # requests.csv: one row per scheduled request, written by the load generator.
-#   seq         index in the arrival schedule (0-based, unique within a cell)
+#   seq         user_index * SEQ_USER_BLOCK + i, i the 0-based index in that Locust
+#               user's arrival schedule; unique within a cell
 #   due_s       when the request was due, epoch seconds
 #   sent_s      when it was sent, epoch seconds; empty if dropped
 #   done_s      when the answer (or the error) came, epoch seconds; empty if dropped
@@ -43,6 +44,8 @@ REJECTED_OUTCOMES = frozenset(
 #   outcome     an `Outcome` value
 #   cause       the `error` field of an error body, or the client-side error name
 #   request_id  the id the requestor gave the request, from the body; may be empty
+SEQ_USER_BLOCK = 1_000_000_000
+
 REQUEST_COLUMNS = (
     "seq",
     "due_s",

@@ -29,6 +29,7 @@ from bench.load import LoadGenerator, LoadSettings
 from bench.manifest import build_manifest
 from bench.records import RESULTS_SCHEMA_VERSION, EventKind
 from bench.scenario import Profile, Scenario
+from bench.schedule import arrival_offsets
 from bench.stack import Stack, StackError, StackOptions, Variant, build_stack
 
 logger = logging.getLogger(__name__)
@@ -205,14 +206,7 @@ def run_cell(
         reasons.append("interrupted")
         raise
     finally:
-        if sampling:
-            sampler.stop()
-        if load.alive:
-            load.stop()
-        for name, code in stack.stop().items():
-            events.add(EventKind.PROCESS_EXIT, name, f"stopped, exit code {code}")
-        events.write(directory / "events.csv")
-        samples.close()
+        stop_cell(stack, load, sampler if sampling else None, events, samples)
 
     plan = analysis.CellPlan(
         scenario=scenario.name,
@@ -232,8 +226,35 @@ def run_cell(
             for step in scenario.faults
         ),
         gates=scenario.gates,
+        scheduled_requests=len(
+            arrival_offsets(
+                load.settings.rate_per_user_per_s,
+                load.settings.duration_s,
+                load.settings.seed,
+                process=load.settings.arrival,
+            )
+        ),
     )
     return finish_cell(plan, directory, reasons, started)
+
+
+def stop_cell(
+    stack: Stack,
+    load: LoadGenerator,
+    sampler: Sampler | None,
+    events: EventLog,
+    samples: SampleWriter,
+) -> None:
+    """Stop whatever still runs (sampler, load, then the stack, each process recorded
+    with its exit code) and write the cell's `events.csv` and `samples.csv`."""
+    if sampler is not None:
+        sampler.stop()
+    if load.alive:
+        load.stop()
+    for name, code in stack.stop().items():
+        events.add(EventKind.PROCESS_EXIT, name, f"stopped, exit code {code}")
+    events.write(stack.run_dir / "events.csv")
+    samples.close()
 
 
 def finish_cell(

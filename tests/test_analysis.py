@@ -15,7 +15,6 @@ import pytest
 
 from bench.analysis import (
     RECOVERY_HOLD_S,
-    SEQ_USER_BLOCK,
     CellPlan,
     CellStatus,
     CellSummary,
@@ -33,6 +32,7 @@ from bench.records import (
     EVENT_COLUMNS,
     REQUEST_COLUMNS,
     SAMPLE_COLUMNS,
+    SEQ_USER_BLOCK,
     EventKind,
     Outcome,
 )
