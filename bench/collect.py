@@ -51,6 +51,9 @@ class Sampler:
         self._breaker_states: dict[tuple[str, str], int] = {}
         self._reconnects: dict[str, float] = {}
         self.latest: dict[str, dict[str, float]] = {}
+        # Breakers are labelled with their peer's URL; samples and events name the
+        # peer process instead, which is what a reader of the plots knows.
+        self._peer_names = {url: name for name, url in self._service_urls().items()}
 
     def start(self) -> None:
         self._thread.start()
@@ -111,7 +114,9 @@ class Sampler:
     def _read_metrics(self, now: float, name: str, metrics: dict[str, float]) -> None:
         for key, value in metrics.items():
             if key.startswith("coupling_breaker_state_code{"):
-                breaker = _label(key, "breaker")
+                breaker = self._peer_names.get(
+                    _label(key, "breaker"), _label(key, "breaker")
+                )
                 self.samples.add(now, name, "breaker_state", breaker, value)
                 code = int(value)
                 previous = self._breaker_states.get((name, breaker))
@@ -120,7 +125,7 @@ class Sampler:
                     if previous is not None:
                         self.events.add(
                             EventKind.BREAKER,
-                            f"{name}:{breaker}",
+                            f"{name}->{breaker}",
                             _STATE_NAMES.get(code, str(code)),
                         )
             elif key == "coupling_nats_reconnects_total":

@@ -146,17 +146,18 @@ class FaultRunner:
             self._cleared(step, "fault cleared")
 
     def _restart(self, process: ManagedProcess, step: FaultStep, stop: bool) -> None:
+        # The fault lasts until the service is back: a restarted process that is
+        # still booting serves nobody, so the fault is cleared once it is healthy.
         if stop:
             process.stop()
         process.start()
         self.events.add(EventKind.PROCESS_START, process.name, f"PID {process.pid}")
-        self._cleared(step, f"started again as PID {process.pid}")
         try:
             process.wait_healthy()
         except StackError as exc:
             logger.error("%s", exc)
             return
-        self.events.add(EventKind.PROCESS_START, process.name, "healthy")
+        self._cleared(step, f"started again as PID {process.pid}, healthy")
 
     def _in_thread(self, target: Callable[..., None], *args: object) -> None:
         thread = threading.Thread(target=target, args=args, daemon=True)

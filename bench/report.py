@@ -456,7 +456,7 @@ def _breaker_states(
     if not readings.empty:
         key = readings["key"]
         if readings["source"].nunique() > 1:
-            key = readings["source"] + ":" + key
+            key = readings["source"] + " → " + key
         return pd.DataFrame(
             {
                 "at_s": readings["at_s"].to_numpy(dtype=np.float64) - origin,

@@ -85,10 +85,10 @@ class Scenario:
 
     def skip_reason(self, variant: Variant) -> str | None:
         """Why `variant` cannot run this scenario, or None if it can."""
-        if variant not in self.variants:
-            return f"scenario {self.name} is not defined for {variant}"
         if not variant.is_queue and any(f.target == "nats" for f in self.faults):
             return "the sync variants have no broker to kill"
+        if variant not in self.variants:
+            return f"scenario {self.name} is not defined for {variant}"
         return None
 
     def scaled(self, profile: Profile, rate_per_s: float | None = None) -> Scenario:
