@@ -21,7 +21,12 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
-from service_core.contract import Confirmation, StringReply, StringRequest
+from service_core.contract import (
+    CONTRACT_VERSION,
+    Confirmation,
+    StringReply,
+    StringRequest,
+)
 from service_core.errors import ConfigError
 
 SCHEMA_VERSION = 1
@@ -230,7 +235,7 @@ class RequestorLedger(Ledger):
                 chunk,
             ).fetchall()
             found.extend(
-                Confirmation(version=1, id=rid, stored_at=stored)
+                Confirmation(version=CONTRACT_VERSION, id=rid, stored_at=stored)
                 for rid, stored in rows
             )
         return found
@@ -317,7 +322,7 @@ class GeneratorLedger(Ledger):
                         ),
                     )
                     reply = StringReply(
-                        version=1,
+                        version=CONTRACT_VERSION,
                         id=request.id,
                         value=value,
                         generated_at=at_s,
@@ -329,7 +334,7 @@ class GeneratorLedger(Ledger):
                         (request.id,),
                     )
                     reply = StringReply(
-                        version=1,
+                        version=CONTRACT_VERSION,
                         id=request.id,
                         value=row[0],
                         generated_at=row[2],

@@ -10,6 +10,7 @@ the stop is ignored; `shutdown_timeout_s` bounds how long the HTTP part waits.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 from collections.abc import Callable, Sequence
@@ -89,7 +90,21 @@ async def serve(config: ServiceConfig, service: Service) -> None:
     logger.info("%s %s listening on %s", service.role, config.instance, site.name)
 
     try:
-        await service.start()
+        # A signal while dependencies are still being connected (a broker that is
+        # down) must stop the process too, so the start races the stop request.
+        starting = asyncio.create_task(service.start())
+        waiting = asyncio.create_task(stopping.wait())
+        await asyncio.wait({starting, waiting}, return_when=asyncio.FIRST_COMPLETED)
+        if not starting.done():
+            starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await starting
+            logger.info(
+                "%s %s stopped before it was ready", service.role, config.instance
+            )
+            return
+        waiting.cancel()
+        starting.result()
         ready = True
         logger.info("%s %s ready", service.role, config.instance)
         await stopping.wait()
