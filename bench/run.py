@@ -30,13 +30,20 @@ from bench.manifest import build_manifest
 from bench.records import RESULTS_SCHEMA_VERSION, EventKind
 from bench.scenario import Profile, Scenario
 from bench.schedule import arrival_offsets
-from bench.stack import Stack, StackError, StackOptions, Variant, build_stack
+from bench.stack import (
+    QUEUE_ACK_WAIT_S,
+    Stack,
+    StackError,
+    StackOptions,
+    Variant,
+    build_stack,
+)
 
 logger = logging.getLogger(__name__)
 
 # Locust takes one to two seconds to import gevent and start its users; the schedule
 # starts this long after the Locust process, while the services boot meanwhile.
-LOAD_BOOT_S = 2.0
+LOAD_BOOT_S = 1.6
 TICK_S = 0.05
 DRAIN_POLL_S = 0.2
 
@@ -193,11 +200,13 @@ def run_cell(
             time.sleep(TICK_S)
         faults.finish()
         watcher.poll()
-        if load.wait(timeout_s=load.stop_timeout_s + 5) is None:
+        events.add(EventKind.PHASE, "harness", "drain")
+        drain_end = drain(
+            stack, load_end + _drain_window_s(scenario, variant), watcher.poll, load
+        )
+        if load.alive:
             reasons.append("Locust did not finish its schedule by itself; stopped")
             load.stop()
-        events.add(EventKind.PHASE, "harness", "drain")
-        drain_end = drain(stack, load_end + load_spec.drain_s, watcher.poll)
         events.add(EventKind.PHASE, "harness", "drain_end", at_s=drain_end)
     except StackError as exc:
         logger.error("%s x %s: %s", scenario.name, variant.value, exc)
@@ -290,8 +299,22 @@ def finish_cell(
     )
 
 
-def drain(stack: Stack, deadline_s: float, poll: Callable[[], None]) -> float:
-    """Wait until every accepted request is stored and confirmed, or the deadline.
+def _drain_window_s(scenario: Scenario, variant: Variant) -> float:
+    """How long after the load the harness waits for the ledgers to settle.
+
+    A JetStream message a killed consumer held comes back only after the ack wait,
+    so the window is never shorter than that.
+    """
+    if variant is Variant.QUEUE_JETSTREAM:
+        return max(scenario.load.drain_s, QUEUE_ACK_WAIT_S + 1.0)
+    return scenario.load.drain_s
+
+
+def drain(
+    stack: Stack, deadline_s: float, poll: Callable[[], None], load: LoadGenerator
+) -> float:
+    """Wait until Locust has written its last rows and every accepted request is
+    stored and confirmed, or until the deadline.
 
     Reads the ledgers directly (WAL lets a reader in beside the writer). Returns the
     time the drain ended.
@@ -300,9 +323,13 @@ def drain(stack: Stack, deadline_s: float, poll: Callable[[], None]) -> float:
     generators = [
         stack.run_dir / "ledgers" / f"{name}.sqlite3" for name in stack.generator_urls
     ]
-    while time.time() < deadline_s:
+    # Locust answers for its last requests within its own timeout; past the drain's
+    # deadline it gets that long more before it is stopped.
+    load_deadline_s = max(deadline_s, time.time() + load.stop_timeout_s + 5)
+    while time.time() < max(deadline_s, load_deadline_s if load.alive else 0.0):
         poll()
-        if _open_work(requestor, generators) == 0:
+        settled = time.time() >= deadline_s or _open_work(requestor, generators) == 0
+        if settled and not load.alive:
             break
         time.sleep(DRAIN_POLL_S)
     return time.time()

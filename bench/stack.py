@@ -33,6 +33,20 @@ logger = logging.getLogger(__name__)
 HEALTH_TIMEOUT_S = 20.0
 STOP_TIMEOUT_S = 15.0
 
+# The queue services' defaults suit a long-running system (an ack wait of 30 s);
+# a benchmark cell lasts seconds. A generator killed with a batch in hand leaves it
+# unacknowledged until the ack wait ends, so the harness shortens the wait to a few
+# seconds, letting those messages come back within a cell's drain rather than be
+# counted as lost. A short fetch timeout lets an idle consumer loop notice a stop
+# at once instead of after a full second.
+QUEUE_ACK_WAIT_S = 3.0
+QUEUE_HARNESS_FLAGS = (
+    "--ack-wait-s",
+    str(QUEUE_ACK_WAIT_S),
+    "--fetch-timeout-s",
+    "0.25",
+)
+
 
 class Variant(StrEnum):
     """The four configurations the project compares."""
@@ -353,6 +367,7 @@ def build_stack(
         else:
             mode = "jetstream" if variant is Variant.QUEUE_JETSTREAM else "core"
             argv += ["--nats-url", str(nats_url), "--mode", mode]
+            argv += QUEUE_HARNESS_FLAGS
         return argv + list(options.service_flags.get(role, ()))
 
     generator_processes: dict[str, ManagedProcess] = {}
