@@ -1,4 +1,4 @@
-"""Sessions: `nox -s tests`, `nox -s lint`, `nox -s bench`, `nox -s up`, `nox -s perf`."""
+"""The sessions: tests, lint, bench, up and perf (`nox -s NAME`)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import nox
 
 nox.options.sessions = ["tests", "lint"]
 nox.options.reuse_existing_virtualenvs = True
+
 
 def _install(session: nox.Session, *extras: str) -> None:
     spec = f".[{','.join(extras)}]" if extras else "."
