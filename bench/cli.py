@@ -83,6 +83,52 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     run.set_defaults(command=_run)
 
+    up = commands.add_parser(
+        "up", help="start one variant's stack under load, to break by hand"
+    )
+    up.add_argument(
+        "--variant", required=True, choices=[variant.value for variant in Variant]
+    )
+    up.add_argument(
+        "--rate", type=float, default=100.0, help="requests per second (per user)"
+    )
+    up.add_argument(
+        "--duration", type=float, default=None, help="seconds (default: until Ctrl-C)"
+    )
+    up.add_argument(
+        "--restart-after",
+        type=float,
+        default=None,
+        metavar="S",
+        help="start a killed process again S seconds after its exit is seen",
+    )
+    up.add_argument("--web", action="store_true", help="with Locust's web UI")
+    up.add_argument(
+        "--out", type=Path, default=None, help="run folder (default results/up-<UTC>)"
+    )
+    up.add_argument("--generators", type=int, default=1, help="generator processes")
+    up.add_argument("--seed", type=int, default=1, help="arrival schedule seed")
+    up.add_argument(
+        "--headless", action="store_true", help="plain status lines, no live screen"
+    )
+    up.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    up.set_defaults(command=_up)
+
+    report = commands.add_parser("report", help="write the report of a run folder")
+    report.add_argument("run_dir", type=Path, metavar="DIR", help="a run folder")
+    report.set_defaults(command=_report)
+
+    perf = commands.add_parser(
+        "perf", help="time the report on a fabricated run of a million requests"
+    )
+    perf.add_argument(
+        "--rows", type=int, default=1_000_000, help="request rows in the run"
+    )
+    perf.add_argument(
+        "--keep", type=Path, default=None, help="build the run here and keep it"
+    )
+    perf.set_defaults(command=_perf)
+
     scenarios = commands.add_parser("scenarios", help="list scenarios")
     scenarios.add_argument("--scenario-dir", type=Path, default=None)
     scenarios.set_defaults(command=_scenarios)
@@ -142,13 +188,50 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _report_after_run(out_dir: Path) -> None:
-    try:
-        from bench.report import write_report
-    except ImportError:
-        return
+    from bench.report import ReportError, write_report
+
     started = time.monotonic()
-    path = write_report(out_dir)
+    try:
+        path = write_report(out_dir)
+    except ReportError as exc:
+        print(f"the report could not be written: {exc}", file=sys.stderr)
+        return
     print(f"report: {path} ({time.monotonic() - started:.1f} s)")
+
+
+def _report(args: argparse.Namespace) -> int:
+    from bench.report import ReportError, write_report
+
+    started = time.monotonic()
+    try:
+        path = write_report(args.run_dir)
+    except ReportError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_HARNESS_FAILED
+    print(f"report: {path} ({time.monotonic() - started:.1f} s)")
+    return EXIT_OK
+
+
+def _perf(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from bench.report import perf_million
+
+    if args.keep is not None:
+        args.keep.mkdir(parents=True, exist_ok=True)
+        figures = perf_million(args.keep, rows=args.rows)
+    else:
+        with tempfile.TemporaryDirectory(prefix="coupling-perf-") as tmp:
+            figures = perf_million(Path(tmp), rows=args.rows)
+    for key, value in figures.items():
+        print(f"{key}: {value}")
+    return EXIT_OK if figures.get("within_limits") else EXIT_GATE_FAILED
+
+
+def _up(args: argparse.Namespace) -> int:
+    from bench.up import command
+
+    return command(args)
 
 
 def _scenarios(args: argparse.Namespace) -> int:
