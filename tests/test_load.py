@@ -406,7 +406,15 @@ def test_due_times_missed_before_the_first_user_started_are_dropped_late(
     # Locust took about a second to start: at least the second before it is lost.
     assert len(late) >= 50
     assert len(accepted) == requestor.received["accepted"] > 0
-    assert max(row.due_s for row in late) < min(row.due_s for row in accepted)
+    # Everything due before the user could send (less the tolerance) was dropped;
+    # on a busy machine a few later sends may be late too, and are counted the same.
+    first_send_s = min(row.sent_s for row in accepted if row.sent_s is not None)
+    tolerance_s = settings.late_tolerance_ms / 1000
+    assert all(
+        row.outcome is Outcome.DROPPED
+        for row in rows
+        if row.due_s < first_send_s - tolerance_s
+    )
 
 
 def test_nothing_listening_is_refused(
