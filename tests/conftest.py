@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,9 +18,9 @@ def start_stack(tmp_path: Path) -> Iterator[StartStack]:
     """Start a variant's stack under a temporary folder; every process ends after."""
     stacks: list[Stack] = []
 
-    def start(variant: Variant, **options: object) -> Stack:
+    def start(variant: Variant, **options: Any) -> Stack:
         run_dir = tmp_path / f"{variant.value}-{len(stacks)}"
-        stack = build_stack(variant, run_dir, StackOptions(**options))  # type: ignore[arg-type]
+        stack = build_stack(variant, run_dir, StackOptions(**options))
         stacks.append(stack)
         stack.start()
         return stack
