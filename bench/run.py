@@ -74,6 +74,16 @@ class Progress(Protocol):
     def __call__(self, line: str, *, final: bool = False) -> None: ...
 
 
+# Stopping the stack, the drain of a healthy cell and the summary take about this
+# long on the development machine; it only feeds the estimate of the time left.
+CELL_OVERHEAD_S = 2.5
+
+
+def _planned_cell_s(scenario: Scenario) -> float:
+    load = scenario.load
+    return LOAD_BOOT_S + load.warmup_s + load.duration_s + CELL_OVERHEAD_S
+
+
 class _Labelled:
     """Progress lines of one cell, prefixed with the cell's label."""
 
@@ -108,11 +118,19 @@ def run_matrix(options: RunOptions, progress: Progress) -> list[CellResult]:
     _write_json(options.out_dir / "manifest.json", manifest)
 
     cells = [(s, v) for s in scaled for v in options.variants]
+    planned_s = [
+        0.0 if scenario.skip_reason(variant) else _planned_cell_s(scenario)
+        for scenario, variant in cells
+    ]
     results: list[CellResult] = []
     started = time.monotonic()
     try:
         for index, (scenario, variant) in enumerate(cells):
-            label = f"[{index + 1}/{len(cells)}] {scenario.name} x {variant.value}"
+            left_s = sum(planned_s[index:])
+            label = (
+                f"[{index + 1}/{len(cells)}, ~{left_s / 60:.1f} min left] "
+                f"{scenario.name} x {variant.value}"
+            )
             reason = scenario.skip_reason(variant)
             directory = cell_dir(options.out_dir, scenario.name, variant)
             if reason is not None:
