@@ -13,7 +13,9 @@ from pathlib import Path
 
 import psutil
 import pytest
+from PIL import Image
 
+from bench import plots
 from bench.records import EVENT_COLUMNS, REQUEST_COLUMNS, SAMPLE_COLUMNS
 
 FAILING_SCENARIOS = Path(__file__).parent / "scenarios_failing"
@@ -170,10 +172,20 @@ def test_quick_run_ends_with_a_report_drawn_from_its_raw_files(
 ) -> None:
     out_dir = generator_kill_run.out_dir
     html = (out_dir / "report.html").read_text()
-    timeline = out_dir / "plots" / "timeline-generator-kill.png"
-    assert timeline.stat().st_size > 10_000
-    assert (out_dir / "plots" / "percentiles-generator-kill.png").is_file()
-    assert html.count("data:image/png;base64,") >= 2
+    expected = {
+        "timeline-generator-kill.png": plots.TIMELINE_SIZE_IN,
+        "percentiles-generator-kill.png": plots.PERCENTILE_SIZE_IN,
+        "matrix.png": plots.MATRIX_SIZE_IN,
+    }
+    for name, (width_in, height_in) in expected.items():
+        with Image.open(out_dir / "plots" / name) as image:
+            image.verify()
+        with Image.open(out_dir / "plots" / name) as image:
+            assert image.size == (
+                round(width_in * plots.DPI),
+                round(height_in * plots.DPI),
+            ), name
+    assert html.count("data:image/png;base64,") >= len(expected)
     assert "sync-breaker" in html
     assert "queue-jetstream" in html
     assert "report:" in generator_kill_run.output
