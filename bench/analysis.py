@@ -485,7 +485,11 @@ def _read_csv(
         raise RawFileError(f"{path}: not readable as {path.name}: {exc}") from exc
 
 
-def _open_ledger(path: Path) -> sqlite3.Connection:
+def open_ledger(path: Path) -> sqlite3.Connection:
+    """A read-only connection to a ledger of the schema version this build writes.
+
+    Raises `RawFileError` for a missing or unreadable file, or another version.
+    """
     if not path.is_file():
         raise RawFileError(f"ledger {path} does not exist")
     try:
@@ -496,7 +500,7 @@ def _open_ledger(path: Path) -> sqlite3.Connection:
     if version != LEDGER_SCHEMA_VERSION:
         db.close()
         raise RawFileError(
-            f"ledger {path} has schema version {version}; this analysis reads "
+            f"ledger {path} has schema version {version}; this build reads "
             f"version {LEDGER_SCHEMA_VERSION}"
         )
     return db
@@ -504,7 +508,7 @@ def _open_ledger(path: Path) -> sqlite3.Connection:
 
 def _query(path: Path, sql: str, columns: Sequence[str]) -> pd.DataFrame:
     """The rows of `sql` as a frame: `*_at` and `deliveries` float, the rest str."""
-    db = _open_ledger(path)
+    db = open_ledger(path)
     try:
         rows = db.execute(sql).fetchall()
     except sqlite3.Error as exc:
@@ -605,7 +609,7 @@ def ledger_value_figures(
     Python, and SQLite releases the GIL while it works, so `summarise` runs them on a
     thread of their own, beside the parsing of the other raw files.
     """
-    db = _open_ledger(requestor_path)
+    db = open_ledger(requestor_path)
     try:
         limit = db.getlimit(sqlite3.SQLITE_LIMIT_ATTACHED)
         if len(generator_paths) > limit:

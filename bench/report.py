@@ -49,7 +49,7 @@ import numpy.typing as npt
 import pandas as pd
 
 from bench import analysis, plots
-from bench.analysis import CellStatus, RawFileError
+from bench.analysis import CellStatus, RawFileError, open_ledger
 from bench.records import (
     BREAKER_STATE_CODES,
     RESULTS_SCHEMA_VERSION,
@@ -59,7 +59,6 @@ from bench.records import (
 )
 from bench.scenario import Scenario
 from bench.stack import Variant
-from service_core.ledger import SCHEMA_VERSION as LEDGER_SCHEMA_VERSION
 
 logger = logging.getLogger(__name__)
 
@@ -296,19 +295,8 @@ def _ledger_times(path: Path, sql: str, columns: int) -> FloatArray:
     Only times are read: the report needs neither the ids nor the strings, which are
     most of a ledger's bytes.
     """
-    if not path.is_file():
-        raise RawFileError(f"ledger {path} does not exist")
+    db = open_ledger(path)
     try:
-        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
-    except sqlite3.Error as exc:
-        raise RawFileError(f"ledger {path}: cannot be opened: {exc}") from exc
-    try:
-        version = db.execute("PRAGMA user_version").fetchone()[0]
-        if version != LEDGER_SCHEMA_VERSION:
-            raise RawFileError(
-                f"ledger {path} has schema version {version}; this report reads "
-                f"version {LEDGER_SCHEMA_VERSION}"
-            )
         cursor = db.execute(sql)
         chunks = []
         while rows := cursor.fetchmany(LEDGER_FETCH_ROWS):

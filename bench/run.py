@@ -115,7 +115,7 @@ def run_matrix(options: RunOptions, progress: Progress) -> list[CellResult]:
     )
     manifest["variants"] = [variant.value for variant in options.variants]
     manifest["started_at_s"] = time.time()
-    _write_json(options.out_dir / "manifest.json", manifest)
+    write_json(options.out_dir / "manifest.json", manifest)
 
     cells = [(s, v) for s in scaled for v in options.variants]
     planned_s = [
@@ -152,7 +152,7 @@ def run_matrix(options: RunOptions, progress: Progress) -> list[CellResult]:
         manifest["finished_at_s"] = time.time()
         manifest["wall_s"] = round(time.monotonic() - started, 3)
         manifest["complete"] = len(results) == len(cells)
-        _write_json(options.out_dir / "manifest.json", manifest)
+        write_json(options.out_dir / "manifest.json", manifest)
         write_run_summary(options.out_dir, results)
     return results
 
@@ -305,7 +305,7 @@ def finish_cell(
     if harness_failed:
         document["status"] = analysis.CellStatus.HARNESS_ERROR.value
     document["notes"] = reasons
-    _write_json(directory / "summary.json", document)
+    write_json(directory / "summary.json", document)
     return CellResult(
         scenario=plan.scenario,
         variant=plan.variant,
@@ -400,7 +400,7 @@ def _skipped(
     document = analysis.CellSummary.skipped(
         scenario=scenario.name, variant=variant, reason=reason
     ).to_json()
-    _write_json(directory / "summary.json", document)
+    write_json(directory / "summary.json", document)
     return CellResult(
         scenario=scenario.name,
         variant=variant,
@@ -414,7 +414,7 @@ def _skipped(
 def write_run_summary(out_dir: Path, results: list[CellResult]) -> None:
     """`summary.json` (every cell's document) and `summary.csv` (one row each)."""
     documents = [result.summary or _bare(result) for result in results]
-    _write_json(
+    write_json(
         out_dir / "summary.json",
         {"schema_version": RESULTS_SCHEMA_VERSION, "cells": documents},
     )
@@ -450,7 +450,8 @@ def _describe(scenario: Scenario) -> dict[str, Any]:
     }
 
 
-def _write_json(path: Path, document: Any) -> None:
+def write_json(path: Path, document: Any) -> None:
+    """Write `document` to `path` atomically: readers see the old or the new file."""
     temporary = path.with_suffix(".json.tmp")
     temporary.write_text(json.dumps(document, indent=2, default=str) + "\n")
     temporary.replace(path)

@@ -92,6 +92,7 @@ from bench.run import (
     drain,
     finish_cell,
     stop_cell,
+    write_json,
     write_run_summary,
 )
 from bench.scenario import FaultAction
@@ -716,7 +717,7 @@ class StateFile:
         if body == self._last:
             return False
         self._last = body
-        _write_json(self.path, {**document, "updated_at_s": time.time()})
+        write_json(self.path, {**document, "updated_at_s": time.time()})
         return True
 
 
@@ -1323,7 +1324,7 @@ def run_up(options: UpOptions, view: View, progress: Progress) -> UpResult:
     manifest_path = options.out_dir / "manifest.json"
     session = UpSession(options, view, progress)
     manifest["scenarios"] = [session.describe()]
-    _write_json(manifest_path, manifest)
+    write_json(manifest_path, manifest)
 
     result = session.run()
 
@@ -1331,7 +1332,7 @@ def run_up(options: UpOptions, view: View, progress: Progress) -> UpResult:
     manifest["finished_at_s"] = time.time()
     manifest["wall_s"] = round(time.monotonic() - started, 3)
     manifest["complete"] = True
-    _write_json(manifest_path, manifest)
+    write_json(manifest_path, manifest)
     write_run_summary(options.out_dir, [result])
     return UpResult(
         cell=result,
@@ -1358,12 +1359,6 @@ def _write_report(out_dir: Path, progress: Progress) -> Path | None:
             f"complete, retry with bench.report.write_report({str(out_dir)!r})"
         )
         return None
-
-
-def _write_json(path: Path, document: Any) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(document, indent=2, default=str) + "\n")
-    temporary.replace(path)
 
 
 # Command line
